@@ -214,3 +214,67 @@ def write_json(path: str, payload: dict) -> None:
     with open(tmp, "w") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, path)
+
+
+def bench_train(
+    arch: str = "vit_small_patch16_224",
+    norms: tuple[str, ...] = NORM_NAMES,
+    batch: int = 8,
+    img_size: int = 224,
+    precision: str = "float32",
+    rounds: int = 5,
+    iters: int = 2,
+    device: str = "cpu",
+    out: str | None = None,
+) -> dict[str, float]:
+    """Training throughput (images/s) of a ViT with each norm, as a ratio to LayerNorm in one run.
+
+    Each step is forward, cross-entropy, backward and an AdamW step with ``vision.nn.param_groups``;
+    the models take turns in interleaved rounds.
+
+    Args:
+        arch: ViT architecture from ``vision.models.VIT_ARCHS``.
+        norms: norms to compare (layernorm is always included as the base).
+        batch: images per step.
+        img_size: input resolution.
+        precision: "float32" or "bfloat16" (autocast).
+        rounds: interleaved timing rounds (median reported).
+        iters: steps per round.
+        device: "cpu" or "cuda".
+        out: optional JSON file for the results.
+    """
+    from vision.models import create_model
+    from vision.nn import param_groups
+
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}; expected float32 or bfloat16")
+    dev = torch.device(device)
+    names = ("layernorm",) + tuple(n for n in norms if n != "layernorm")
+    torch.manual_seed(0)
+    steps = {}
+    for norm in names:
+        model = create_model(arch, norm=norm, img_size=img_size).to(dev).train()
+        if not steps:
+            images = torch.randn(batch, model.patch_embed.proj.in_channels, img_size, img_size, device=dev)
+            labels = torch.randint(0, model.num_classes, (batch,), device=dev)
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+
+        step()
+        steps[norm] = step
+    times = time_side_by_side(steps, rounds, iters, dev)
+    results = {norm: batch / sec for norm, sec in times.items()}
+    lines = [f"training {arch}, batch {batch} x {img_size}px, {precision}, {machine_description(dev)}",
+             "", "| norm | images/s | ratio to layernorm |", "|---|---|---|"]
+    lines += [f"| {n} | {ips:.2f} | {ips / results['layernorm']:.3f}x |" for n, ips in results.items()]
+    print("\n".join(lines))
+    if out:
+        write_json(out, {"machine": machine_description(dev), "arch": arch, "batch": batch, "img_size": img_size,
+                         "precision": precision, "images_per_sec": results})
+    return results
