@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from vision.nn import native
 
 DOT_SCALES = ("none", "sqrt_dim", "dim")
-IMPLS = ("auto", "native", "compiled", "eager")
+IMPLS = ("auto", "native", "compiled", "eager", "triton")
 
 _default_impl = "auto"
 
@@ -36,10 +36,13 @@ _default_impl = "auto"
 def set_default_impl(impl: str) -> None:
     """Set how SeeDNorm layers built with ``impl="auto"`` run.
 
-    "native" is the one-pass C kernel for CPU tensors (``vision.nn.native``); "compiled" the
-    torch.compile-fused kernels (Triton on CUDA, C++ on CPU); "eager" the same kernels unfused.
-    "auto" takes native for CPU tensors when it builds, else compiled, and falls back to eager
-    (with one warning) when torch.compile does not work on this machine.
+    "native" is the one-pass C kernel for CPU tensors (``vision.nn.native``); "triton" the
+    hand-written fused Triton kernels for CUDA tensors (``vision.nn.triton_kernels``); "compiled"
+    the torch.compile-fused kernels (Triton on CUDA, C++ on CPU); "eager" the same kernels unfused.
+    "auto" takes triton for CUDA tensors when triton imports, native for CPU tensors when it
+    builds, else compiled, and falls back to eager (with one warning) when torch.compile does not
+    work on this machine. ``set_default_impl("compiled")`` is the switch that turns the hand-written
+    Triton kernels off.
     """
     global _default_impl
     _default_impl = check_impl(impl)
@@ -157,10 +160,31 @@ def _compiled(fn: Callable, key: tuple) -> Callable:
     return compiled
 
 
+def _triton_kernels():
+    # Imported on first use so that the package imports (and runs on CPU) without triton.
+    from vision.nn import triton_kernels
+
+    return triton_kernels
+
+
 def select_backend(impl: str, x: torch.Tensor) -> str:
-    """Which kernels run SeeDNorm on ``x``: "native", "compiled" or "eager"."""
+    """Which kernels run SeeDNorm on ``x``: "triton", "native", "compiled" or "eager"."""
     if impl == "auto":
         impl = _default_impl
+    if impl == "triton":
+        kernels = _triton_kernels()
+        if not kernels.available():
+            raise RuntimeError(f"SeeDNorm impl='triton' needs triton, which failed to import: {kernels.import_error()}")
+        if not kernels.runs_triton(x):
+            raise ValueError(
+                f"SeeDNorm impl='triton' runs float32/bfloat16/float16 CUDA tensors (or CPU tensors under "
+                f"TRITON_INTERPRET=1), got {x.dtype} on {x.device}"
+            )
+        return "triton"
+    if impl == "auto" and x.device.type == "cuda" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        # Also inside an outer torch.compile: the kernels are a custom op, so the graph stays whole.
+        if _triton_kernels().available():
+            return "triton"
     if impl == "eager" or torch.compiler.is_compiling():
         # Inside an outer torch.compile the plain kernels are traced and fused with the model.
         return "eager"
@@ -283,14 +307,64 @@ def seednorm(
             is the per-head width.
         dyn_dropout: dropout probability on the dynamic term ``alpha * tanh(s)`` (training only).
         training: whether dropout is active.
-        impl: "auto", "native", "compiled" or "eager" (see ``set_default_impl``).
+        impl: "auto", "native", "compiled", "eager" or "triton" (see ``set_default_impl``).
     """
     dim = x.shape[-1]
     if dim % num_heads:
         raise ValueError(f"SeeDNorm width {dim} is not divisible by num_heads={num_heads}")
     scale = dot_scale_factor(dot_scale, dim // num_heads)
     p = float(dyn_dropout) if training else 0.0
+    if select_backend(impl, x) == "triton":
+        # The Triton kernels draw the dropout mask themselves (Philox, keyed by a seed tensor).
+        return _triton_kernels().seednorm(x, weight, alpha, beta, bias, num_heads, float(eps), scale, p)
     return _SeeDNormFunction.apply(x, weight, alpha, beta, bias, num_heads, float(eps), scale, p, impl)
+
+
+def seednorm_modulate(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    num_heads: int = 1,
+    eps: float = 1e-6,
+    dot_scale: str = "none",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Affine-free SeeDNorm followed by DiT's adaLN modulate, one fused kernel on CUDA.
+
+    Computes ``seednorm(x, None, alpha, beta) * (1 + scale[:, None, :]) + shift[:, None, :]``
+    (SEEDNORM.md section 4) and returns x's dtype. With the "triton" backend (CUDA by default)
+    norm and modulate are one kernel that reads x once, computes in float32 and writes the result
+    once; otherwise (CPU, and the reference) the norm runs on its usual backend and the modulate in
+    plain PyTorch in float32, so bf16/fp16 inputs are rounded once more, after the norm.
+
+    Args:
+        x: tokens, shape (B, T, D).
+        alpha: per-channel strength of the dynamic term, shape (D,).
+        beta: direction of the per-head dot product, shape (D,).
+        shift: per-sample shift, shape (B, D).
+        scale: per-sample scale (applied as ``1 + scale``), shape (B, D).
+        num_heads: channel groups with their own dynamic scalar.
+        eps: added to the mean of squares inside the square root.
+        dot_scale: "none", "sqrt_dim" or "dim" (see ``seednorm``).
+        impl: kernel choice for the norm, as in ``seednorm``.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"seednorm_modulate expects x of shape (B, T, D), got {tuple(x.shape)}")
+    batch, _, dim = x.shape
+    for name, value in (("shift", shift), ("scale", scale)):
+        if tuple(value.shape) != (batch, dim):
+            raise ValueError(f"seednorm_modulate expects {name} of shape ({batch}, {dim}), got {tuple(value.shape)}")
+    if dim % num_heads:
+        raise ValueError(f"SeeDNorm width {dim} is not divisible by num_heads={num_heads}")
+    mult = dot_scale_factor(dot_scale, dim // num_heads)
+    if select_backend(impl, x) == "triton":
+        return _triton_kernels().seednorm_modulate(x, alpha, beta, shift, scale, num_heads, float(eps), mult)
+    y = seednorm(x, None, alpha, beta, num_heads=num_heads, eps=eps, dot_scale=dot_scale, impl=impl)
+    cdt = _compute_dtype(x.dtype)
+    return (y.to(cdt) * (1.0 + scale.to(cdt)[:, None, :]) + shift.to(cdt)[:, None, :]).to(x.dtype)
 
 
 def _low_precision(x: torch.Tensor) -> bool:
