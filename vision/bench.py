@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import platform
 import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from vision.files import atomic_write
 from vision.nn import build_norm
 
 BASELINE = "torch.nn.LayerNorm"
@@ -207,13 +208,8 @@ def _cpu_name() -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    """Write JSON atomically (a temporary file in the same folder, then a rename)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
 
 def bench_train(

@@ -11,7 +11,7 @@ import yaml
 
 from vision.data.digits import DigitsDataModule
 from vision.tasks import ClassificationModule
-from vision.tasks.checkpoint import atomic_write
+from vision.files import atomic_write
 
 DIGITS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "classification" / "vit_micro_digits.yaml"
 

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from vision.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -87,3 +74,18 @@ def export_weights(ckpt: str, out: str, ema: bool = False) -> str:
     print(f"load: import vision, timm; timm.create_model({name!r}, pretrained=True, "
           f"pretrained_cfg_overlay=dict(file={str(out)!r}), num_classes={hparams.get('num_classes')})")
     return out
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's torch, numpy and Python random states, storable with weights_only loading."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Undo ``rng_states``: a resumed run draws the same random numbers as an uninterrupted one."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])

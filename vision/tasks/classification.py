@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -18,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vision.models import create_model, split_name
 from vision.nn import param_groups
+from vision.tasks.checkpoint import restore_rng_states, rng_states
 
 
 class WarmupCosine:
@@ -202,21 +201,14 @@ class ClassificationModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Random state of this process, so a resumed single-process run draws the same Mixup and
-        # augmentations as an uninterrupted one.
-        # Stored as tensors and plain tuples so that the checkpoint loads with weights_only=True.
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                    "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+        # So a resumed single-process run draws the same noise and augmentations as an uninterrupted one.
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_same_architecture(checkpoint, self.model_name, self.state_dict())
         states = checkpoint.get("rng_states")
         if states and self.trainer is not None and self.trainer.world_size == 1:
-            torch.set_rng_state(states["torch"])
-            kind, keys, pos, has_gauss, gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            random.setstate(states["python"])
+            restore_rng_states(states)
 
 
 def check_same_architecture(checkpoint: dict[str, Any], expected: str, state: dict[str, torch.Tensor]) -> None:
