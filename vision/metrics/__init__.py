@@ -1,0 +1,1 @@
+"""Evaluation metrics: corruption error and mCE (``vision.metrics.corruption``)."""
