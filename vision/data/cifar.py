@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -19,9 +20,20 @@ CIFAR_STATS = {
 
 
 def _unchecked(cls):
-    # For re-packed copies whose files differ from the published checksums.
-    return type(cls.__name__, (cls,), {"_check_integrity": lambda self: all(
-        (Path(self.root) / self.base_folder / name).is_file() for name, _ in self.train_list + self.test_list)})
+    """``cls`` without torchvision's checksum checks, for re-packed copies of the files."""
+
+    def files_present(self) -> bool:
+        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all((Path(self.root) / self.base_folder / name).is_file() for name in names)
+
+    def load_meta(self) -> None:
+        if not files_present(self):
+            raise RuntimeError("dataset files missing")
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
+            self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return type(cls.__name__, (cls,), {"_check_integrity": files_present, "_load_meta": load_meta})
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -37,6 +49,8 @@ class CIFARDataModule(L.LightningDataModule):
         auto_augment: timm RandAugment string for training, or None.
         re_prob: random erasing probability.
         seed: shuffling seed.
+        recipe: "classification" (crop, flip, RandAugment, erasing, CIFAR normalization) or
+            "generation" (flip only, scaled to [-1, 1], for diffusion models).
     """
 
     img_size = 32
@@ -44,10 +58,12 @@ class CIFARDataModule(L.LightningDataModule):
 
     def __init__(self, root: str = "data", dataset: str = "cifar10", download: bool = False, verify_md5: bool = True,
                  batch_size: int = 128, num_workers: int = 4, auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-                 re_prob: float = 0.25, seed: int = 0) -> None:
+                 re_prob: float = 0.25, seed: int = 0, recipe: str = "classification") -> None:
         super().__init__()
         if dataset not in CIFAR_STATS:
             raise ValueError(f"unknown CIFAR dataset {dataset!r}; expected cifar10 or cifar100")
+        if recipe not in ("classification", "generation"):
+            raise ValueError(f"unknown recipe {recipe!r}; expected classification or generation")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.mean, self.std, cls, self.num_classes = CIFAR_STATS[dataset]
@@ -61,6 +77,9 @@ class CIFARDataModule(L.LightningDataModule):
 
     def _transform(self, train: bool):
         hp = self.hparams
+        if hp.recipe == "generation":
+            flip = [transforms.RandomHorizontalFlip()] if train else []
+            return transforms.Compose(flip + [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
         normalize = [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
         if not train:
             return transforms.Compose(normalize)

@@ -10,6 +10,7 @@ import lightning as L
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
+from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vision.data.loading import make_loader
@@ -72,6 +73,25 @@ def scan_image_folder(
     return samples, class_to_idx
 
 
+def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """ADM's (and DiT's) crop: halve with BOX while large, BICUBIC to ``size`` on the short side, center crop."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def generation_transform(size: int, train: bool) -> transforms.Compose:
+    """Images for diffusion training: ADM center crop, random flip (training), scaled to [-1, 1]."""
+    steps = [transforms.Lambda(lambda im: adm_center_crop(im, size))]
+    if train:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+    return transforms.Compose(steps)
+
+
 class ImageListDataset(Dataset):
     """Images from a ``(path, label)`` list, loaded as RGB (or L) with PIL."""
 
@@ -96,6 +116,9 @@ class ImageListDataset(Dataset):
 class ImageFolderDataModule(L.LightningDataModule):
     """ImageNet-layout folders with DeiT's training recipe through timm's transforms.
 
+    With ``recipe="generation"`` images are ADM-center-cropped, flipped and scaled to [-1, 1]
+    instead (the diffusion models' input); the augmentation arguments are then unused.
+
     Args:
         root: folder holding ``train/`` and ``val/`` (each ``<class>/<image>``).
         batch_size: images per batch per process.
@@ -115,6 +138,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         check_images: open every image header at start-up.
         on_bad_image: "error" or "skip" for unreadable images.
         seed: shuffling seed.
+        recipe: "classification" (DeiT transforms) or "generation" (ADM crop, flip, [-1, 1]).
     """
 
     def __init__(
@@ -137,8 +161,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         check_images: bool = True,
         on_bad_image: str = "error",
         seed: int = 0,
+        recipe: str = "classification",
     ) -> None:
         super().__init__()
+        if recipe not in ("classification", "generation"):
+            raise ValueError(f"unknown recipe {recipe!r}; expected classification or generation")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.img_size = img_size
@@ -161,11 +188,14 @@ class ImageFolderDataModule(L.LightningDataModule):
             samples, self.class_to_idx = scan_image_folder(
                 Path(hp.root) / folder, self.class_to_idx, hp.check_images, hp.on_bad_image)
             train = split == "train"
-            transform = create_transform(
-                self.img_size, is_training=train, auto_augment=hp.auto_augment if train else None,
-                re_prob=hp.re_prob if train else 0.0, color_jitter=hp.color_jitter if train else None,
-                scale=hp.scale if train else None, interpolation=hp.interpolation, mean=self.mean, std=self.std,
-                crop_pct=hp.crop_pct)
+            if hp.recipe == "generation":
+                transform = generation_transform(self.img_size, train)
+            else:
+                transform = create_transform(
+                    self.img_size, is_training=train, auto_augment=hp.auto_augment if train else None,
+                    re_prob=hp.re_prob if train else 0.0, color_jitter=hp.color_jitter if train else None,
+                    scale=hp.scale if train else None, interpolation=hp.interpolation, mean=self.mean,
+                    std=self.std, crop_pct=hp.crop_pct)
             self.datasets[split] = ImageListDataset(samples, transform)
         return self.datasets[split]
 

@@ -1,5 +1,6 @@
 """LightningModules: they wire models, data and metrics."""
 
 from vision.tasks.classification import ClassificationModule
+from vision.tasks.generation import GenerationModule
 
-__all__ = ["ClassificationModule"]
+__all__ = ["ClassificationModule", "GenerationModule"]
