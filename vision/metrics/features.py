@@ -14,6 +14,8 @@ error names the file and the folder to put it in.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import hashlib
 import importlib
 import os
@@ -44,11 +46,11 @@ def inception_hub_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
-def resolve_inception_weights(path: str | os.PathLike | None = None, download: bool = True) -> str:
+def resolve_inception_weights(path: str | os.PathLike | None = None, download: bool = False) -> str:
     """The local Inception weights file: ``path``, else ``$VISION_INCEPTION_WEIGHTS``, else torch hub's cache.
 
-    When none exists and ``download`` is on, the file is fetched into torch hub's cache; if that
-    fails (no internet) the error says which file to place where.
+    Nothing is downloaded unless ``download`` is on (then the file is fetched into torch hub's
+    cache); otherwise, or when that fails, the error says which file to place where.
     """
     for given, origin in ((path, "--inception-weights"), (os.environ.get(WEIGHTS_ENV) or None, f"${WEIGHTS_ENV}")):
         if given is not None:
@@ -62,7 +64,7 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, download: b
     hint = (f"place {INCEPTION_FILE} (from {INCEPTION_URL}) in {cached.parent}/, or pass --inception-weights PATH, "
             f"or set {WEIGHTS_ENV}=PATH")
     if not download:
-        raise InceptionWeightsError(f"Inception weights not found and downloading is off: {hint}")
+        raise InceptionWeightsError(f"Inception weights not found: {hint} (or --download true to fetch them)")
     cached.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     # A firewalled cluster drops packets instead of refusing them: fail in a minute, not hang.
@@ -70,12 +72,23 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, download: b
     try:
         print(f"downloading Inception weights to {cached}", file=sys.stderr)
         torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=True)
-    except Exception as exc:  # no internet shows up as URLError, socket errors, timeouts or SSL errors
+    except OSError as exc:  # no internet: URLError, socket errors, timeouts and SSL errors are all OSErrors
         raise InceptionWeightsError(f"Inception weights not found and the download failed "
                                     f"({type(exc).__name__}: {exc}): {hint}") from None
     finally:
         socket.setdefaulttimeout(previous)
     return str(cached)
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for convolutions and matmuls inside: features must not depend on the GPU generation."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -87,26 +100,30 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class FeatureExtractor(nn.Module):
+class FeatureExtractor(nn.Module, abc.ABC):
     """Maps uint8 images (N, C, H, W) to float64 features (N, d) and, if it can, class logits.
 
     Attributes:
-        label: how results are labelled, e.g. "FID (digits features)".
+        label: how results are labelled, e.g. "digits features" -> "FID (digits features)".
+        logits_label: how the Inception Score is labelled, when there are logits.
         num_features: d, known after ``prepare`` for modules that do not declare it.
+        num_logits: number of classes of the logits (0 without).
         has_logits: whether ``extract`` returns logits (needed for the Inception Score).
     """
 
     label: str
+    logits_label: str | None = None
     num_features: int
+    num_logits: int = 0
     has_logits: bool = False
 
+    @abc.abstractmethod
     def settings(self) -> dict[str, Any]:
         """Everything that changes the features; reference statistics must have been made with the same."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def extract(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Features (N, d) float64 and logits (N, k) or None, from uint8 images (N, C, H, W)."""
-        raise NotImplementedError
 
     def prepare(self, image_shape: tuple[int, int, int]) -> None:
         """Check that images of ``image_shape`` (C, H, W) fit; find ``num_features`` if needed."""
@@ -148,9 +165,10 @@ class InceptionFeatures(FeatureExtractor):
             try:
                 self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=wanted,
                                               feature_extractor_weights_path=weights, antialias=antialias)
-            except Exception as exc:  # torch.load / load_state_dict failures: not the right file
+            except Exception as exc:  # noqa: BLE001 (torch.load/load_state_dict fail many ways on a wrong file)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(f"{weights} is not the FID InceptionV3 weights file {INCEPTION_FILE}: {first}") from None
+                raise ValueError(f"{weights} is not the FID InceptionV3 weights file {INCEPTION_FILE}: "
+                                 f"{first}") from None
         torch_dtype = getattr(torch, dtype)
         self.net.to(torch_dtype)
         self.net._dtype = torch_dtype  # torchmetrics' forward casts the uint8 input to this
@@ -160,7 +178,9 @@ class InceptionFeatures(FeatureExtractor):
         self.dtype_name = dtype
         self.num_features = dims
         self.has_logits = logits
+        self.num_logits = 1008 if logits else 0
         self.label = f"Inception-v3 pool3, {dims}-d" if dims == 2048 else f"Inception-v3 {dims}-d"
+        self.logits_label = "Inception-v3 logits"
         self._digest = "random" if weights == "random" else weights_digest(self.net)
 
     def settings(self) -> dict[str, Any]:
@@ -225,8 +245,10 @@ class ClassifierFeatures(FeatureExtractor):
         self.input_size = tuple(cfg["input_size"])
         self.num_features = self.model.num_features
         self.has_logits = True
+        self.num_logits = self.model.num_classes
         self.model_name = module.model_name
         self.label = f"{name or Path(ckpt).stem} features"
+        self.logits_label = f"{name or Path(ckpt).stem} classifier logits"
         self._digest = weights_digest(self.model)
 
     def settings(self) -> dict[str, Any]:
@@ -297,7 +319,7 @@ class ModuleFeatures(FeatureExtractor):
 
 def build_extractor(features: str = "inception", *, inception_weights: str | None = None, antialias: bool = False,
                     logits: bool = False, dtype: str = "float32", name: str | None = None,
-                    download: bool = True) -> FeatureExtractor:
+                    download: bool = False) -> FeatureExtractor:
     """The extractor named by ``features``.
 
     Args:
@@ -327,7 +349,7 @@ def build_extractor(features: str = "inception", *, inception_weights: str | Non
 
 
 def fid_feature_extractor(weights: str | None = None, device: str | torch.device = "cpu", antialias: bool = False,
-                          dims: int = 2048, dtype: str = "float32", download: bool = True) -> InceptionFeatures:
+                          dims: int = 2048, dtype: str = "float32", download: bool = False) -> InceptionFeatures:
     """The FID Inception network on ``device``: uint8 (N, 3, H, W) -> (N, dims) float64 features.
 
     ``weights="random"`` builds it untrained (throughput benchmarks on machines without the file).
