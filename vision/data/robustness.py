@@ -206,3 +206,125 @@ def imagenet_subset_folder(root: str | Path, name: str, *, transform: Callable |
     if not root.is_dir():
         raise FileNotFoundError(f"{name} folder not found: {root} (expected <root>/<wnid>/<image>)")
     return _FixedClassFolder(root, synsets, transform if transform is not None else imagenet_subset_transform())
+
+
+# ---- evaluation sets: class lists, transforms, image indices ----------------------------------------
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k wnids in the standard label order (from timm)."""
+    return _timm_info("imagenet_synsets.txt")
+
+
+def evaluation_classes(root: str | Path, num_classes: int) -> list[str]:
+    """The class list that gives ``<root>/<class>/<image>`` the labels a ``num_classes``-way model uses.
+
+    Folders named 0, 1, 2 ... (ImageNet-V2) are their own labels; wnid folders of a 1000-way model
+    take the standard ImageNet order, so a folder with only some classes still lines up; any
+    other folder set must have exactly ``num_classes`` classes, labelled in sorted order as
+    ``ImageFolder`` (and training) labels them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (expected {root}/<class>/<image>)")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    if all(name.isdigit() for name in folders):
+        too_big = [name for name in folders if int(name) >= num_classes]
+        if too_big:
+            raise ValueError(f"{root} has numbered class folders up to {max(map(int, folders))} but the models have "
+                             f"{num_classes} outputs")
+        return [str(i) for i in range(num_classes)]
+    if num_classes == 1000:
+        wnids = imagenet_classes()
+        if set(folders) <= set(wnids):
+            return wnids
+    if len(folders) != num_classes:
+        raise ValueError(f"{root} has {len(folders)} class folders but the models have {num_classes} outputs "
+                         f"(expected {num_classes} class folders, ImageNet wnids or numbered folders)")
+    return folders
+
+
+def evaluation_transform(size: int | tuple[int, int], in_chans: int = 3, *, resize: bool = True) -> Callable:
+    """Eval transform to [0, 1] tensors: Resize(256/224 x size) + CenterCrop(size) as ImageNet-C's source images.
+
+    ``resize=False`` crops only (released ImageNet-C images are already 224 px). One-channel
+    models get greyscale images. No normalisation: corruptions act on [0, 1] images first.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    steps: list[Callable] = [T.Resize(round(min(h, w) * 256 / 224))] if resize else []
+    steps.append(T.CenterCrop((h, w)))
+    if in_chans == 1:
+        steps.append(T.Grayscale(1))
+    steps.append(T.ToTensor())
+    return T.Compose(steps)
+
+
+def evaluation_folder(root: str | Path, num_classes: int, transform: Callable) -> ImageFolder:
+    """An image folder with the labels of a ``num_classes``-way model (see ``evaluation_classes``)."""
+    return _FixedClassFolder(root, evaluation_classes(root, num_classes), transform)
+
+
+class IndexedDataset(Dataset):
+    """``(image, label, position, index)``: the position in this set, and the source dataset's index.
+
+    The index seeds an image's corruption draws, so it stays the same when only some images of
+    the source are evaluated (``indices``); the position says where its result goes.
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None = None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[Tensor, int, int, int]:
+        index = self.indices[position]
+        image, label = self.dataset[index]
+        return image, int(label), position, index
+
+
+def spread_indices(length: int, count: int | None) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)`` (all of them for None or count >= length)."""
+    if count is None or count >= length:
+        return list(range(length))
+    if count < 1:
+        raise ValueError(f"the number of images to evaluate must be at least 1; got {count}")
+    return [i * length // count for i in range(count)]
+
+
+class CIFARCorruptedSplit(Dataset):
+    """One CIFAR-C corruption and severity read image by image from the memory-mapped ``.npy``.
+
+    Same items as ``CIFARCorrupted`` (float CHW in [0, 1], label), without copying the split
+    into memory: an evaluation over 19 corruptions x 5 severities would otherwise hold about
+    3 GB of CIFAR-10-C at once.
+    """
+
+    def __init__(self, root: str | Path, corruption: str, severity: int, transform: Callable | None = None) -> None:
+        _check_name(corruption)
+        _check_severity(severity)
+        root = Path(root)
+        self.images = _load_npy(root / f"{corruption}.npy")
+        labels = _load_npy(root / "labels.npy")
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3 \
+                or len(self.images) % 5:
+            raise ValueError(f"{root / f'{corruption}.npy'} should be uint8 (5 x N, H, W, 3); got "
+                             f"{self.images.dtype} {self.images.shape}")
+        n = len(self.images) // 5
+        if len(labels) not in (n, 5 * n):
+            raise ValueError(f"{root / 'labels.npy'} has {len(labels)} labels; expected {n} or {5 * n}")
+        self.offset = (int(severity) - 1) * n
+        self.labels = np.asarray(labels[self.offset:self.offset + n] if len(labels) == 5 * n else labels[:n])
+        self.corruption, self.severity, self.transform = corruption, int(severity), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        array = np.array(self.images[self.offset + index])  # one (H, W, 3) image off the memory map
+        image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
