@@ -48,3 +48,15 @@ def test_cli_runs_the_benchmark():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| mhseednorm | eager |" in proc.stdout
+
+
+def test_training_benchmarks_report_ratios_to_layernorm(tmp_path, capsys):
+    from vision.bench import bench_dit, bench_train
+
+    vit = bench_train(arch="vit_micro_patch2_8", norms=("mhseednorm",), batch=2, img_size=8, rounds=1, iters=1,
+                      out=str(tmp_path / "vit.json"))
+    dit = bench_dit(model="DiT-Mi/2", batch=2, input_size=8, in_channels=1, rounds=1, iters=1)
+    text = capsys.readouterr().out
+    assert set(vit) == {"layernorm", "mhseednorm"} and set(dit) == {"layernorm", "mhseednorm"}
+    assert "| layernorm |" in text and "1.000x" in text and "steps/s" in text
+    assert json.loads((tmp_path / "vit.json").read_text())["images/s"]["mhseednorm"] > 0

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vision.files import atomic_write
-from vision.nn import build_norm
+from vision.nn import build_norm, param_groups
 
 BASELINE = "torch.nn.LayerNorm"
 NORM_NAMES = ("layernorm", "rmsnorm", "dyt", "seednorm", "mhseednorm")
@@ -212,6 +212,37 @@ def write_json(path: str, payload: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
 
+def _training_throughput(title: str, builders: dict, batch: int, rounds: int, iters: int, dev: torch.device,
+                         out: str | None, unit: str, extra: dict) -> dict[str, float]:
+    """Time one training step per norm side by side; print and return items/s and the ratio to LayerNorm."""
+    steps = {}
+    for norm, build in builders.items():
+        model, loss_fn = build()
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+
+        def step(model=model, optimizer=optimizer, loss_fn=loss_fn) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model).backward()
+            optimizer.step()
+
+        step()
+        steps[norm] = step
+    times = time_side_by_side(steps, rounds, iters, dev)
+    results = {norm: batch / sec for norm, sec in times.items()}
+    lines = [f"{title}, {machine_description(dev)}", "", f"| norm | {unit} | ratio to layernorm |", "|---|---|---|"]
+    lines += [f"| {n} | {v:.2f} | {v / results['layernorm']:.3f}x |" for n, v in results.items()]
+    print("\n".join(lines))
+    if out:
+        write_json(out, {"machine": machine_description(dev), **extra, unit: results})
+    return results
+
+
+def _autocast(dev: torch.device, precision: str):
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}; expected float32 or bfloat16")
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def bench_train(
     arch: str = "vit_small_patch16_224",
     norms: tuple[str, ...] = NORM_NAMES,
@@ -240,37 +271,89 @@ def bench_train(
         out: optional JSON file for the results.
     """
     from vision.models import create_model
-    from vision.nn import param_groups
 
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"unknown precision {precision!r}; expected float32 or bfloat16")
     dev = torch.device(device)
-    names = ("layernorm",) + tuple(n for n in norms if n != "layernorm")
+    autocast = _autocast(dev, precision)
     torch.manual_seed(0)
-    steps = {}
-    for norm in names:
-        model = create_model(arch, norm=norm, img_size=img_size).to(dev).train()
-        if not steps:
+
+    def builder(norm: str):
+        def build():
+            model = create_model(arch, norm=norm, img_size=img_size).to(dev).train()
             images = torch.randn(batch, model.patch_embed.proj.in_channels, img_size, img_size, device=dev)
             labels = torch.randint(0, model.num_classes, (batch,), device=dev)
-        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
 
-        def step(model=model, optimizer=optimizer) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
+            def loss(model):
+                with autocast:
+                    return nn.functional.cross_entropy(model(images), labels)
 
-        step()
-        steps[norm] = step
-    times = time_side_by_side(steps, rounds, iters, dev)
-    results = {norm: batch / sec for norm, sec in times.items()}
-    lines = [f"training {arch}, batch {batch} x {img_size}px, {precision}, {machine_description(dev)}",
-             "", "| norm | images/s | ratio to layernorm |", "|---|---|---|"]
-    lines += [f"| {n} | {ips:.2f} | {ips / results['layernorm']:.3f}x |" for n, ips in results.items()]
-    print("\n".join(lines))
-    if out:
-        write_json(out, {"machine": machine_description(dev), "arch": arch, "batch": batch, "img_size": img_size,
-                         "precision": precision, "images_per_sec": results})
+            return model, loss
+
+        return build
+
+    names = ("layernorm",) + tuple(n for n in norms if n != "layernorm")
+    title = f"training {arch}, batch {batch} x {img_size}px, {precision}"
+    return _training_throughput(title, {n: builder(n) for n in names}, batch, rounds, iters, dev, out, "images/s",
+                                {"arch": arch, "batch": batch, "img_size": img_size, "precision": precision})
+
+
+def bench_dit(
+    model: str = "DiT-B/4",
+    norms: tuple[str, ...] = ("layernorm", "mhseednorm"),
+    batch: int = 8,
+    input_size: int = 32,
+    in_channels: int = 4,
+    precision: str = "float32",
+    rounds: int = 5,
+    iters: int = 2,
+    device: str = "cpu",
+    out: str | None = None,
+) -> dict[str, float]:
+    """DiT training steps/s with each norm, as a ratio to LayerNorm measured in the same run.
+
+    A step is the diffusion loss on latents (ImageNet-256 latents are 32 x 32 x 4), backward and
+    an AdamW step, with DiT's learned sigma and hybrid loss.
+
+    Args:
+        model: a name from ``vision.models.dit.DiT_models``.
+        norms: norms to compare (layernorm is always included as the base).
+        batch: latents per step.
+        input_size: latent side.
+        in_channels: latent channels.
+        precision: "float32" or "bfloat16" (autocast).
+        rounds: interleaved timing rounds (median reported).
+        iters: steps per round.
+        device: "cpu" or "cuda".
+        out: optional JSON file for the results.
+    """
+    from vision.diffusion import diffusion_loss, train_scheduler
+    from vision.models.dit import create_dit
+
+    dev = torch.device(device)
+    autocast = _autocast(dev, precision)
+    scheduler = train_scheduler(learn_sigma=True)
+    torch.manual_seed(0)
+    x0 = torch.randn(batch, in_channels, input_size, input_size, device=dev)
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, 1000, (batch,), device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    x_t = scheduler.add_noise(x0, noise, t)
+
+    def builder(norm: str):
+        def build():
+            dit = create_dit(model, input_size=input_size, in_channels=in_channels, norm=norm).to(dev).train()
+
+            def loss(dit):
+                with autocast:
+                    out = dit(x_t, t, y)
+                return diffusion_loss(scheduler, out, x0, x_t, noise, t, learn_sigma=True)["loss"]
+
+            return dit, loss
+
+        return build
+
+    names = ("layernorm",) + tuple(n for n in norms if n != "layernorm")
+    per_step = {n: builder(n) for n in names}
+    title = f"training {model}, batch {batch} x {input_size}x{input_size}x{in_channels} latents, {precision}"
+    results = _training_throughput(title, per_step, 1, rounds, iters, dev, out, "steps/s",
+                                   {"model": model, "batch": batch, "input_size": input_size, "precision": precision})
     return results

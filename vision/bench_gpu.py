@@ -9,8 +9,8 @@
 3. ViT-B/16 and DiT-XL/2 training steps per second with LayerNorm and with multihead SeeDNorm
    under bf16 autocast;
 4. corruption-suite throughput (``vision.corruptions.corrupt(images, name, 3, seed=0)`` for every
-   name in ``CORRUPTIONS``) and FID-feature throughput (``vision.metrics.fid_feature_extractor(
-   device=...)`` applied to uint8 299 px images), each skipped with a note when absent.
+   name in ``CORRUPTIONS``) and FID-feature throughput (the Inception network of
+   ``vision.metrics.features`` on uint8 299 px images).
 
 It prints one table per part, checks the issue's targets, and writes everything to
 ``<out>/gpu_check.json``. ``dry_run=True`` runs the same code at tiny sizes, on the CPU by
@@ -20,9 +20,6 @@ from CUDA-graph replays (no Python launch overhead in the numbers); model steps 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import math
 import os
 import random
 import statistics
@@ -35,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vision.bench import machine_description, time_side_by_side, write_json
+from vision.corruptions import CORRUPTIONS, corrupt
+from vision.metrics.features import fid_feature_extractor
+from vision.models.dit import create_dit
 from vision.nn import SeeDNorm, norm_layer
 from vision.nn import functional as VF
 
@@ -289,96 +289,14 @@ def build_vit(norm: str, dry_run: bool, dev: torch.device) -> tuple[nn.Module, t
     return _dynamic(model), (3, args["img_size"], args["img_size"]), args["num_classes"]
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, D))
-
-
-class _DiTBlock(nn.Module):
-    """An adaLN-Zero transformer block: both norms are modulated by the condition."""
-
-    def __init__(self, dim: int, heads: int, norm: str, dev: torch.device) -> None:
-        super().__init__()
-        kind = "layernorm" if norm == "layernorm" else "seednorm"
-        self.norm1 = _ModulatedNorm(dim, kind, device=dev)
-        self.norm2 = _ModulatedNorm(dim, kind, device=dev)
-        self.attn = _Attention(dim, heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
-        x = x + gate1[:, None, :] * self.attn(self.norm1(x, shift1, scale1))
-        return x + gate2[:, None, :] * self.mlp(self.norm2(x, shift2, scale2))
-
-
-class DiTStandIn(nn.Module):
-    """DiT-XL/2's shapes and adaLN-Zero blocks (latent 4x32x32, patch 2, 28 x 1152, 16 heads).
-
-    For timing only, used when ``vision.models.dit`` does not exist: patch embedding, timestep and
-    class conditioning, the blocks and a modulated final layer, every norm LayerNorm + modulate or
-    the fused ``seednorm_modulate``.
-    """
-
-    def __init__(self, norm: str, depth: int = 28, dim: int = 1152, heads: int = 16, latent: int = 32,
-                 patch: int = 2, channels: int = 4, classes: int = 1000, device=None) -> None:
-        super().__init__()
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        self.patch, self.channels = patch, channels
-        self.embed = nn.Conv2d(channels, dim, patch, patch)
-        self.pos = nn.Parameter(torch.zeros(1, (latent // patch) ** 2, dim))
-        self.time = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.label = nn.Embedding(classes + 1, dim)  # + 1: the null class of classifier-free guidance
-        self.blocks = nn.ModuleList(_DiTBlock(dim, heads, norm, dev) for _ in range(depth))
-        self.final_norm = _ModulatedNorm(dim, "layernorm" if norm == "layernorm" else "seednorm", device=dev)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.out = nn.Linear(dim, patch * patch * 2 * channels)  # mean and variance, as DiT learns sigma
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        half = 128
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / half)
-        angles = t[:, None].float() * freqs[None]
-        c = self.time(torch.cat([angles.cos(), angles.sin()], dim=-1)) + self.label(y)
-        for block in self.blocks:
-            h = block(h, c)
-        shift, scale = self.final_ada(c).chunk(2, dim=1)
-        return self.out(self.final_norm(h, shift, scale))
-
-
-def _project_dit():
-    """``vision.models.dit`` when it exists and offers ``create_dit``, else None."""
-    if importlib.util.find_spec("vision.models.dit") is None:
-        return None
-    module = importlib.import_module("vision.models.dit")
-    return module if hasattr(module, "create_dit") else None
-
-
-def build_dit(norm: str, dry_run: bool, dev: torch.device) -> tuple[nn.Module, int, int, str]:
-    """DiT-XL/2 (tiny in a dry run) with LayerNorm or multihead SeeDNorm adaLN norms.
-
-    Returns the model, its latent side, its class count and which implementation it is: the
-    project's ``vision.models.dit.create_dit`` when present, else ``DiTStandIn``.
-    """
-    dit = _project_dit()
+def build_dit(norm: str, dry_run: bool, dev: torch.device) -> tuple[nn.Module, int, int]:
+    """DiT-XL/2 (DiT-Mi/2 in a dry run) with LayerNorm or multihead SeeDNorm adaLN norms."""
     with torch.device(dev):  # initialise on the device: CPU init of 675M parameters takes seconds
-        if dit is not None:
-            if dry_run:
-                model = dit.create_dit("DiT-Mi/2", norm=norm, input_size=8, num_classes=10)
-            else:
-                model = dit.create_dit("DiT-XL/2", norm=norm)
-            return _dynamic(model), model.input_size, model.num_classes, "vision.models.dit"
-        size = dict(depth=2, dim=64, heads=4, latent=8, classes=10) if dry_run else {}
-        model = DiTStandIn(norm, **size, device=dev)
-        return _dynamic(model), 8 if dry_run else 32, 10 if dry_run else 1000, "stand-in"
+        if dry_run:
+            model = create_dit("DiT-Mi/2", norm=norm, input_size=8, num_classes=10)
+        else:
+            model = create_dit("DiT-XL/2", norm=norm)
+    return _dynamic(model), model.input_size, model.num_classes
 
 
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, make_loss: Callable[[], torch.Tensor], dev: torch.device):
@@ -415,7 +333,7 @@ def _training_rate(model_name: str, norm: str, dev: torch.device, dry_run: bool,
         def make_loss() -> torch.Tensor:
             return F.cross_entropy(model(images), labels)
     else:
-        model, latent, classes, _ = build_dit(norm, dry_run, dev)
+        model, latent, classes = build_dit(norm, dry_run, dev)
         z = torch.randn(batch, 4, latent, latent, device=dev, generator=gen)
         t = torch.randint(0, 1000, (batch,), device=dev, generator=gen)
         y = torch.randint(0, classes, (batch,), device=dev, generator=gen)
@@ -433,11 +351,8 @@ def _training_rate(model_name: str, norm: str, dev: torch.device, dry_run: bool,
 def bench_models(dev: torch.device, dry_run: bool, vit_batch: int, dit_batch: int, warmup: int, steps: int,
                  report: Report) -> None:
     """Training steps per second of ViT-B/16 and DiT-XL/2 with LayerNorm and multihead SeeDNorm."""
-    if _project_dit() is None:
-        report.notes.append("DiT-XL/2 is timed as bench_gpu.DiTStandIn: vision.models.dit.create_dit does not exist")
-    else:
-        name = "DiT-Mi/2" if dry_run else "DiT-XL/2"
-        report.notes.append(f"DiT-XL/2 rows: vision.models.dit.create_dit({name!r}, norm=...)")
+    if dry_run:
+        report.notes.append("dry run: the DiT-XL/2 rows time DiT-Mi/2, the ViT-B/16 rows a 2-block ViT")
     for model_name, batch in (("ViT-B/16", vit_batch), ("DiT-XL/2", dit_batch)):
         rates = {}
         for norm in ("layernorm", "mhseednorm"):
@@ -452,41 +367,30 @@ def bench_models(dev: torch.device, dry_run: bool, vit_batch: int, dit_batch: in
 
 
 def bench_extras(dev: torch.device, dry_run: bool, deadline: float, report: Report) -> None:
-    """Corruption-suite and FID-feature throughput where those modules provide them; else a note.
+    """Corruption-suite and FID-feature throughput.
 
     Stops starting new measurements at ``deadline`` (a ``time.perf_counter()`` value).
     """
     batch, size, steps = (2, 32, 2) if dry_run else (64, 224, 3)
-    if importlib.util.find_spec("vision.corruptions") is None:
-        report.notes.append("corruption-suite throughput skipped: vision.corruptions does not exist yet")
-    else:
-        corruptions = importlib.import_module("vision.corruptions")
-        corrupt, names = getattr(corruptions, "corrupt", None), getattr(corruptions, "CORRUPTIONS", None)
-        if corrupt is None or names is None:
-            report.notes.append("corruption-suite throughput skipped: vision.corruptions has no corrupt()/CORRUPTIONS")
-        else:
-            images = torch.rand(batch, 3, size, size, device=dev)
-            for name in names:
-                if time.perf_counter() > deadline:
-                    report.notes.append(f"corruptions from {name!r} on skipped: time budget used")
-                    break
-                rate = _steps_per_second(lambda n=name: corrupt(images, n, 3, seed=0), 1, steps, dev)
-                report.extras.append({"what": f"corruption {name} (severity 3)", "images_per_s": rate * batch})
-    if importlib.util.find_spec("vision.metrics") is None:
-        report.notes.append("FID-feature throughput skipped: vision.metrics does not exist yet")
-    else:
-        metrics = importlib.import_module("vision.metrics")
-        extractor = getattr(metrics, "fid_feature_extractor", None)
-        if extractor is None:
-            report.notes.append("FID-feature throughput skipped: vision.metrics has no fid_feature_extractor()")
-        elif time.perf_counter() > deadline:
-            report.notes.append("FID-feature throughput skipped: time budget used")
-        else:
-            net = extractor(device=dev)
-            images = torch.randint(0, 256, (batch, 3, 299, 299), dtype=torch.uint8, device=dev)
-            with torch.no_grad():
-                rate = _steps_per_second(lambda: net(images), 1, steps, dev)
-            report.extras.append({"what": "FID Inception features", "images_per_s": rate * batch})
+    images = torch.rand(batch, 3, size, size, device=dev)
+    for name in list(CORRUPTIONS)[:2] if dry_run else CORRUPTIONS:  # a dry run only checks the plumbing
+        if time.perf_counter() > deadline:
+            report.notes.append(f"corruptions from {name!r} on skipped: time budget used")
+            break
+        rate = _steps_per_second(lambda n=name: corrupt(images, n, 3, seed=0), 1, steps, dev)
+        report.extras.append({"what": f"corruption {name} (severity 3)", "images_per_s": rate * batch})
+    if time.perf_counter() > deadline:
+        report.notes.append("FID-feature throughput skipped: time budget used")
+        return
+    # The real weights when a file is configured (VISION_INCEPTION_WEIGHTS); throughput does not
+    # depend on them, so an untrained network of the same architecture serves otherwise.
+    weights = os.environ.get("VISION_INCEPTION_WEIGHTS") or "random"
+    net = fid_feature_extractor(weights=weights, device=dev)
+    uint8 = torch.randint(0, 256, (1 if dry_run else batch, 3, 299, 299), dtype=torch.uint8, device=dev)
+    with torch.no_grad():
+        rate = _steps_per_second(lambda: net(uint8), 1, steps, dev)
+    report.extras.append({"what": f"FID Inception features ({'real' if weights != 'random' else 'untrained'} weights)",
+                          "images_per_s": rate * len(uint8)})
 
 
 # ----------------------------------------------------------------------------- report

@@ -20,21 +20,31 @@ training and evaluation (LightningCLI; `vision fit --help` for all options):
   test       test:     vision test --config <config> --ckpt_path <ckpt>
 
 other commands (`vision <command> --help`):
-  demo       the main job: train the digits ViT with multihead SeeDNorm and LayerNorm, compare
+  demo       the main job: digits ViTs and DiTs with multihead SeeDNorm and with LayerNorm, compared
+  sample     images from a generation checkpoint: PNGs and samples.npz (arr_0: uint8 NHWC)
+  fid        FID (KID, IS) of samples against a reference, Inception or a custom feature extractor
+  robustness classifiers under ImageNet-C corruptions and natural shift: JSON, CSV, markdown, plot
   export     write a checkpoint's weights as safetensors that timm loads
-  bench      benchmarks: `vision bench norms`, `vision bench train`
+  bench      benchmarks: `vision bench norms|train|dit|gpu`
 """
 
 
 def _components() -> dict:
-    from vision.bench import bench_norms, bench_train
+    from vision.bench import bench_dit, bench_norms, bench_train
+    from vision.bench_gpu import bench_gpu
     from vision.demo import demo
+    from vision.diffusion.generate import sample
+    from vision.metrics.fid import fid
+    from vision.robustness import robustness
     from vision.tasks.checkpoint import export_weights
 
     return {
         "demo": demo,
+        "sample": sample,
+        "fid": fid,
+        "robustness": robustness,
         "export": export_weights,
-        "bench": {"norms": bench_norms, "train": bench_train},
+        "bench": {"norms": bench_norms, "train": bench_train, "dit": bench_dit, "gpu": bench_gpu},
     }
 
 
@@ -66,6 +76,17 @@ def run_lightning(argv: list[str]):
     )
 
 
+def _underscored(argv: list[str]) -> list[str]:
+    """Accept ``--num-samples`` as well as ``--num_samples`` (jsonargparse names options by argument)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "-" in arg[2:].split("=", 1)[0]:
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vision`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -77,11 +98,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     from jsonargparse import auto_cli
 
+    from vision.bench_gpu import GPUUnavailableError
+    from vision.robustness import cli_arguments
+
     components = _components()
     if argv[0] not in components:
         raise SystemExit(f"vision: unknown command {argv[0]!r}; expected one of "
                          f"{', '.join(LIGHTNING_COMMANDS + tuple(components))}")
-    auto_cli(components, args=argv, as_positional=False)
+    args = _underscored(argv)
+    if args[0] == "robustness":  # --ckpt A --ckpt B means a list of checkpoints
+        args = [args[0]] + cli_arguments(args[1:])
+    try:
+        auto_cli(components, args=args, as_positional=False)
+    except (GPUUnavailableError, FileNotFoundError, ValueError) as exc:
+        # Bad input: one line naming the value, not a traceback.
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":
