@@ -304,9 +304,10 @@ def test_whole_model_compiles_without_graph_break():
 def test_double_backward_is_refused_clearly():
     layer = randomized(SeeDNorm(8, impl="eager"))
     x = torch.randn(2, 8, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
-        g.sum().backward()
+    with pytest.raises(RuntimeError, match="SeeDNorm does not support double backward"):
+        torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(layer(x).sum(), x)  # first order is fine
+    assert torch.isfinite(g).all()
 
 
 def test_reset_parameters_and_repr():

@@ -23,7 +23,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from vision.nn import native
 
@@ -226,18 +225,18 @@ def _is_backend_failure(exc: Exception) -> bool:
 
 class _SeeDNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, alpha, beta, bias, num_heads, eps, scale, p, impl):
+    def forward(ctx, x, weight, alpha, beta, bias, num_heads, eps, scale, p, backend, impl):
         shape = x.shape
         dim = shape[-1]
         rows = math.prod(shape[:-1])
-        backend = select_backend(impl, x)
-        variant = (x.dtype, x.device.type, num_heads, weight is None, bias is None, p > 0.0)
+        variant = None
         if backend == "native":
             x_saved = x.reshape(rows, dim).contiguous()
             keep = torch.rand(rows, dim) >= p if p > 0.0 else None
             keep_scale = 1.0 / (1.0 - p)
             y, rinv, t = native.forward(x_saved, weight, alpha, beta, bias, keep, keep_scale, num_heads, eps, scale)
         else:
+            variant = (x.dtype, x.device.type, num_heads, weight is None, bias is None, p > 0.0)
             x_saved = x.reshape(rows, num_heads, dim // num_heads)
             y, rinv, t, keep = _call_kernel(
                 seednorm_forward_kernel, ("fwd",) + variant, backend, impl,
@@ -248,8 +247,10 @@ class _SeeDNormFunction(torch.autograd.Function):
         return y.view(shape)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            # The kernels' gradients are not themselves differentiable (cheaper than once_differentiable).
+            raise RuntimeError("SeeDNorm does not support double backward (create_graph=True)")
         x_saved, rinv, t, keep, weight, alpha, beta = ctx.saved_tensors
         shape, scale, p, bias_dtype, backend, impl, variant = ctx.meta
         if backend == "native":
@@ -271,7 +272,7 @@ class _SeeDNormFunction(torch.autograd.Function):
             _as(dalpha, alpha.dtype) if needs[2] else None,
             _as(dbeta, beta.dtype) if needs[3] else None,
             _as(dbias, bias_dtype) if needs[4] else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
@@ -314,10 +315,11 @@ def seednorm(
         raise ValueError(f"SeeDNorm width {dim} is not divisible by num_heads={num_heads}")
     scale = dot_scale_factor(dot_scale, dim // num_heads)
     p = float(dyn_dropout) if training else 0.0
-    if select_backend(impl, x) == "triton":
+    backend = select_backend(impl, x)
+    if backend == "triton":
         # The Triton kernels draw the dropout mask themselves (Philox, keyed by a seed tensor).
         return _triton_kernels().seednorm(x, weight, alpha, beta, bias, num_heads, float(eps), scale, p)
-    return _SeeDNormFunction.apply(x, weight, alpha, beta, bias, num_heads, float(eps), scale, p, impl)
+    return _SeeDNormFunction.apply(x, weight, alpha, beta, bias, num_heads, float(eps), scale, p, backend, impl)
 
 
 def seednorm_modulate(
@@ -372,13 +374,12 @@ def _low_precision(x: torch.Tensor) -> bool:
 
 
 def layer_norm(x, weight, bias, eps: float) -> torch.Tensor:
-    """LayerNorm over the last dimension, statistics in float32, output in x's dtype."""
-    dtype = x.dtype
-    if _low_precision(x):
-        x = x.float()
-        weight = weight.float() if weight is not None else None
-        bias = bias.float() if bias is not None else None
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps).to(dtype)
+    """LayerNorm over the last dimension, statistics in float32, output in x's dtype.
+
+    torch's LayerNorm kernels already accumulate bf16/fp16 inputs in float32 (and accept float32
+    parameters with them), so the input is not upcast; autocast's float32 output is cast back.
+    """
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps).to(x.dtype)
 
 
 def rms_norm(x, weight, bias, eps: float) -> torch.Tensor:
