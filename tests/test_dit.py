@@ -311,3 +311,73 @@ def test_digits_end_to_end_samples_are_read_as_the_requested_class(tmp_path):
           f"judge {judge.real_accuracy:.3f} on real digits")
     assert judge.real_accuracy >= 0.95
     assert agreement >= 0.80
+
+
+def test_latent_cache_keeps_flips_explicit_and_trains(tmp_path):
+    import lightning as L
+    from PIL import Image
+
+    from vision.cli import main as vision_main
+    from vision.diffusion.latents import LatentCacheDataModule, LatentCacheDataset
+    from vision.diffusion.vae import LatentVAE
+    from vision.tasks import GenerationModule
+
+    vae_dir = tiny_vae(tmp_path / "vae")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / f"{i}.png")
+    out = tmp_path / "latents.safetensors"
+    vision_main(["cache-latents", "--vae", str(vae_dir), "--root", str(tmp_path / "train"), "--out", str(out),
+                 "--img-size", "16", "--batch-size", "4", "--device", "cpu"])
+    data = LatentCacheDataset(out)
+    assert data.latents.shape == (6, 2, 4, 8, 8) and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # index 1 is the latent of the flipped image, not the flipped latent
+    vae = LatentVAE(str(vae_dir))
+    from vision.data.imagefolder import generation_transform
+
+    image = generation_transform(16, train=False)(Image.open(tmp_path / "train" / "a" / "0.png").convert("RGB"))
+    with torch.no_grad():
+        mean = vae.vae.encode(image.flip(-1)[None]).latent_dist.mean[0] * vae.scaling_factor
+    torch.testing.assert_close(data.latents[0, 1].float(), mean, rtol=2e-3, atol=2e-3)  # float16 storage
+    assert (data.latents[0, 0].float().flip(-1) - mean).abs().max() > 1e-2
+    module = GenerationModule(model="DiT-Mi/2", num_classes=2, input_size=8, in_channels=4, vae=str(vae_dir),
+                              latent_input=True, ema_decay=None)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, LatentCacheDataModule(str(out), batch_size=2, num_workers=0))
+    assert trainer.global_step == 2
+    with pytest.raises(FileNotFoundError, match="latent cache not found"):
+        LatentCacheDataset(tmp_path / "missing.safetensors")
+
+
+def test_generation_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vision.data import DigitsDataModule
+    from vision.tasks import GenerationModule
+    from vision.tasks.checkpoint import AtomicCheckpointIO
+
+    def module():
+        return GenerationModule(model="DiT-Mi/2", norm="mhseednorm", num_classes=10, input_size=8, in_channels=1,
+                                lr=1e-3, ema_decay=0.99)
+
+    def trainer(root, callbacks=()):
+        return L.Trainer(max_steps=24, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root),
+                         callbacks=list(callbacks), plugins=[AtomicCheckpointIO()])
+
+    data = lambda: DigitsDataModule(batch_size=64, shift=0)  # noqa: E731  (16 steps per epoch)
+    L.seed_everything(0)
+    full = module()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=20, save_top_k=-1, filename="{step}")
+    trainer(tmp_path / "a", [saver]).fit(full, data())
+    L.seed_everything(7)
+    resumed = module()
+    run = trainer(tmp_path / "b")
+    run.fit(resumed, data(), ckpt_path=str(tmp_path / "ckpt" / "step=20.ckpt"))
+    assert run.global_step == 24
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)

@@ -22,6 +22,7 @@ training and evaluation (LightningCLI; `vision fit --help` for all options):
 other commands (`vision <command> --help`):
   demo       the main job: digits ViTs and DiTs with multihead SeeDNorm and with LayerNorm, compared
   sample     images from a generation checkpoint: PNGs and samples.npz (arr_0: uint8 NHWC)
+  cache-latents  encode a training folder (and its flips) through the VAE once, for latent training
   fid        FID (KID, IS) of samples against a reference, Inception or a custom feature extractor
   robustness classifiers under ImageNet-C corruptions and natural shift: JSON, CSV, markdown, plot
   export     write a checkpoint's weights as safetensors that timm loads
@@ -34,6 +35,7 @@ def _components() -> dict:
     from vision.bench_gpu import bench_gpu
     from vision.demo import demo
     from vision.diffusion.generate import sample
+    from vision.diffusion.latents import cache_latents
     from vision.metrics.fid import fid
     from vision.robustness import robustness
     from vision.tasks.checkpoint import export_weights
@@ -41,6 +43,7 @@ def _components() -> dict:
     return {
         "demo": demo,
         "sample": sample,
+        "cache-latents": cache_latents,
         "fid": fid,
         "robustness": robustness,
         "export": export_weights,

@@ -50,10 +50,10 @@ class LatentVAE(nn.Module):
         self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] -> latents (N, C, H/f, W/f), sampled and scaled."""
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> latents (N, C, H/f, W/f), scaled; a posterior sample or its mean."""
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return dist.sample(generator) * self.scaling_factor
+        return (dist.sample(generator) if sample else dist.mean) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
