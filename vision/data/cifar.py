@@ -5,13 +5,12 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import lightning as L
 import torch
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from torchvision import datasets, transforms
 
-from vision.data.loading import make_loader
+from vision.data.loading import SplitDataModule
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), datasets.CIFAR10, 10),
@@ -36,7 +35,7 @@ def _unchecked(cls):
     return type(cls.__name__, (cls,), {"_check_integrity": files_present, "_load_meta": load_meta})
 
 
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(SplitDataModule):
     """CIFAR-10/100 (32 px); validation and test use the official test split.
 
     Args:
@@ -92,7 +91,8 @@ class CIFARDataModule(L.LightningDataModule):
             steps.append(RandomErasing(hp.re_prob, mode="pixel", device="cpu"))
         return transforms.Compose(steps)
 
-    def _dataset(self, split: str):
+    def dataset(self, split: str):
+        split = "train" if split == "train" else "test"  # validation and test use the official test split
         if split not in self.datasets:
             train = split == "train"
             try:
@@ -105,14 +105,5 @@ class CIFARDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         for split in ("train", "test") if stage in (None, "fit") else ("test",):
-            self._dataset(split)
+            self.dataset(split)
 
-    def train_dataloader(self):
-        return make_loader(self._dataset("train"), batch_size=self.batch_size, train=True,
-                           num_workers=self.hparams.num_workers, seed=self.hparams.seed, trainer=self.trainer)
-
-    def val_dataloader(self):
-        return make_loader(self._dataset("test"), batch_size=self.batch_size, train=False,
-                           num_workers=self.hparams.num_workers)
-
-    test_dataloader = val_dataloader

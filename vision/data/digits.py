@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vision.data.loading import make_loader
+from vision.data.loading import SplitDataModule
 
 DIGITS_MEAN, DIGITS_STD = (0.5,), (0.5,)
 
@@ -53,7 +52,7 @@ class DigitsDataset(Dataset):
         return image, self.labels[i]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Handwritten digits (scikit-learn, 1,797 images, 10 classes), split 60/20/20 by class.
 
     Args:
@@ -74,13 +73,11 @@ class DigitsDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
         self.splits = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            train, val, test = load_digits_split(self.seed)
+            train, val, test = load_digits_split(self.hparams.seed)
             norm = self.hparams.normalize
             self.splits = {
                 "train": DigitsDataset(*train, shift=self.hparams.shift, normalize=norm),
@@ -88,16 +85,6 @@ class DigitsDataModule(L.LightningDataModule):
                 "test": DigitsDataset(*test, normalize=norm),
             }
 
-    def _loader(self, split: str):
+    def dataset(self, split: str) -> DigitsDataset:
         self.setup()
-        return make_loader(self.splits[split], batch_size=self.batch_size, train=split == "train",
-                           num_workers=self.num_workers, seed=self.seed, trainer=self.trainer)
-
-    def train_dataloader(self):
-        return self._loader("train")
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
+        return self.splits[split]

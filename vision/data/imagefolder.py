@@ -6,14 +6,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import lightning as L
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vision.data.loading import make_loader
+from vision.data.loading import SplitDataModule
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class ImageListDataset(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """ImageNet-layout folders with DeiT's training recipe through timm's transforms.
 
     With ``recipe="generation"`` images are ADM-center-cropped, flipped and scaled to [-1, 1]
@@ -176,14 +175,16 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        self._scan("train")
+        self.dataset("train")
         return len(self.class_to_idx)
 
-    def _scan(self, split: str) -> ImageListDataset:
+    pin_memory = True
+
+    def dataset(self, split: str) -> ImageListDataset:
         if split not in self.datasets:
             hp = self.hparams
             if self.class_to_idx is None and split != "train":
-                self._scan("train")
+                self.dataset("train")
             folder = {"train": hp.train_dir, "val": hp.val_dir, "test": hp.test_dir or hp.val_dir}[split]
             samples, self.class_to_idx = scan_image_folder(
                 Path(hp.root) / folder, self.class_to_idx, hp.check_images, hp.on_bad_image)
@@ -202,18 +203,5 @@ class ImageFolderDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         # Scan (and check) every split this stage needs now, not when its first batch is due.
         for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val")):
-            self._scan(split)
+            self.dataset(split)
 
-    def _loader(self, split: str):
-        return make_loader(self._scan(split), batch_size=self.batch_size, train=split == "train",
-                           num_workers=self.hparams.num_workers, seed=self.hparams.seed, trainer=self.trainer,
-                           pin_memory=True)
-
-    def train_dataloader(self):
-        return self._loader("train")
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")

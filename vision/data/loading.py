@@ -74,3 +74,30 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, num_workers: 
     loader.trainer = trainer
     loader.seed = seed
     return loader
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A datamodule whose train/val/test loaders come from ``dataset(split)`` through ``make_loader``.
+
+    Subclasses implement ``dataset``; the hyperparameters ``num_workers`` and ``seed`` and the
+    attribute ``batch_size`` configure the loaders.
+    """
+
+    pin_memory = False
+
+    def dataset(self, split: str) -> Dataset:
+        raise TypeError(f"{type(self).__name__} must implement dataset(split)")
+
+    def _loader(self, split: str) -> DataLoader:
+        return make_loader(self.dataset(split), batch_size=self.batch_size, train=split == "train",
+                           num_workers=self.hparams.num_workers, seed=self.hparams.seed, trainer=self.trainer,
+                           pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
