@@ -27,6 +27,17 @@ def _readable(path: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def class_folders(folder: str | Path) -> list[str]:
+    """The sorted class folder names of ``folder/<class>/<image>``; a missing or empty folder is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder} (expected {folder}/<class>/<image>)")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {folder} (expected {folder}/<class>/<image>)")
+    return classes
+
+
 def scan_image_folder(
     folder: str | Path,
     class_to_idx: dict[str, int] | None = None,
@@ -43,11 +54,7 @@ def scan_image_folder(
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder} (expected {folder}/<class>/<image>)")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"no class folders in {folder} (expected {folder}/<class>/<image>)")
+    classes = class_folders(folder)
     if class_to_idx is None:
         class_to_idx = {c: i for i, c in enumerate(classes)}
     samples: list[tuple[str, int]] = []

@@ -27,6 +27,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from vision.corruptions.params import ALL, COMMON
+from vision.data.imagefolder import class_folders
 
 IMAGENET_C_CROP = 224
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -224,11 +225,7 @@ def evaluation_classes(root: str | Path, num_classes: int) -> list[str]:
     ``ImageFolder`` (and training) labels them.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root} (expected {root}/<class>/<image>)")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not folders:
-        raise FileNotFoundError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    folders = class_folders(root)
     if all(name.isdigit() for name in folders):
         too_big = [name for name in folders if int(name) >= num_classes]
         if too_big:
